@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -30,6 +29,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ._io import temporary_beside
 
 FORMAT_NAME = "routerscope-trace"
 FORMAT_VERSION = 1
@@ -257,10 +258,9 @@ class Trace:
         if self.probs is not None:
             arrays["probs"] = self.probs
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = temporary_beside(path)
         try:
-            with os.fdopen(fd, "wb") as handle:
+            with open(tmp, "wb") as handle:
                 np.savez_compressed(handle, **arrays)
             os.replace(tmp, path)
         except BaseException:

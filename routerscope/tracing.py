@@ -164,21 +164,13 @@ def trace(model, texts: Sequence[str], tokenizer=None, *, language: str | Sequen
     was_training = model.training
     model.eval()
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    body = routing_body(model)
     try:
         with RouterCapture(model, store_probs=store_probs, layers=moe_layers) as capture, torch.no_grad():
             for batch in tqdm(batches, desc="routerscope.trace", unit="batch", disable=not progress):
-                lengths = token_counts[batch]
-                width = int(lengths.max())
-                ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), width), dtype=np.int64)
-                for row, w in enumerate(batch):
-                    cols = slice(width - lengths[row], width) if left else slice(0, lengths[row])
-                    ids[row, cols] = windows[w][2]
-                    mask[row, cols] = 1
-                input_ids = torch.from_numpy(ids).to(device)
-                attention_mask = torch.from_numpy(mask).to(device)
-                position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-                model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+                input_ids, attention_mask, position_ids, mask = padded_batch(
+                    [windows[w][2] for w in batch], pad_id, left, device)
+                body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
                 index, weights, probs = capture.collect()
                 if index.shape[0] != input_ids.numel():
                     raise RuntimeError(f"the routers saw {index.shape[0]} tokens for a batch of {input_ids.numel()}; "
@@ -224,6 +216,35 @@ def trace(model, texts: Sequence[str], tokenizer=None, *, language: str | Sequen
         pair_ids=np.asarray(pairs, dtype=np.int64), layers=np.asarray([m.index for m in moe_layers], dtype=np.int32),
         n_experts=n_experts, top_k=k, model_name=_model_name(model), **word_fields,
     )
+
+
+def routing_body(model):
+    """The part of the model that routing needs: the base model without the LM head (every
+    router sits inside it, and the vocabulary projection is the costliest matmul of a small
+    model), or the whole model when it has no separate base."""
+    base = getattr(model, "base_model", None)
+    if isinstance(base, torch.nn.Module) and base is not model:
+        inside = {id(m) for m in base.modules()}
+        if all(id(layer.block) in inside for layer in find_moe_layers(model)):
+            return base
+    return model
+
+
+def padded_batch(sequences: list[np.ndarray], pad_id: int, left: bool, device):
+    """(input_ids, attention_mask, position_ids) tensors on ``device`` and the host mask, for
+    token sequences padded to the longest; positions count real tokens only."""
+    lengths = [len(x) for x in sequences]
+    width = max(lengths)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, (seq, n) in enumerate(zip(sequences, lengths)):
+        cols = slice(width - n, width) if left else slice(0, n)
+        ids[row, cols] = seq
+        mask[row, cols] = 1
+    input_ids = torch.from_numpy(ids).to(device)
+    attention_mask = torch.from_numpy(mask).to(device)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids, mask
 
 
 def _words_for(texts, kept, languages, doc_slot, spans):

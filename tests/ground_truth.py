@@ -27,7 +27,9 @@ class ExpertsReceived:
         self._handles = []
 
     def __enter__(self):
-        self._handles.append(self.model.register_forward_pre_hook(self._model_hook, with_kwargs=True))
+        # The base model runs in every forward, whether or not the LM head is used.
+        body = getattr(self.model, "base_model", self.model)
+        self._handles.append(body.register_forward_pre_hook(self._model_hook, with_kwargs=True))
         for slot, block in enumerate(moe_blocks(self.model)):
             if isinstance(block.experts, nn.ModuleList):
                 self._handles.append(block.register_forward_pre_hook(self._block_input(slot)))

@@ -1,0 +1,259 @@
+"""The ``routerscope`` command line.
+
+    routerscope run                                   # the main job, offline, on the embedded default
+    routerscope trace --model DIR_OR_HUB_ID --corpus ja=wagahai.txt --corpus en=botchan.txt --out out/
+
+Every command writes into an output folder: the trace (``trace.npz``), one utilisation
+heatmap per language, the ja − en difference map, per-layer entropy and load
+(``routing.json``) and a Markdown summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "tiny-mixtral-ja-en"
+
+
+def _corpus_arg(value: str) -> tuple[str | None, str]:
+    """``LANG=SOURCE`` or ``SOURCE``."""
+    if "=" in value and not value.startswith("hf:"):
+        language, source = value.split("=", 1)
+        return language or None, source
+    if value.startswith("hf:") and "=" in value.split(":", 1)[0]:
+        language, source = value.split("=", 1)
+        return language, source
+    return None, value
+
+
+def _add_corpus_options(p: argparse.ArgumentParser, default: list[str] | None) -> None:
+    p.add_argument("--corpus", action="append", metavar="[LANG=]SOURCE", default=None,
+                   help="a corpus, repeatable. SOURCE: a .txt file (one document per line or per blank-line "
+                        "paragraph), a .jsonl file, a folder written by datasets' save_to_disk, 'hf:NAME' (hub, "
+                        "needs network) or 'builtin' (the built-in ja/en pairs). LANG labels its documents, "
+                        "e.g. ja=wagahai.txt" + (f" (default: {' '.join(default)})" if default else ""))
+    p.add_argument("--text-field", default="text", help="JSONL/dataset field holding the text (default: text)")
+    p.add_argument("--language-field", default=None,
+                   help="JSONL/dataset field holding each document's language, instead of LANG=")
+    p.add_argument("--split", default=None,
+                   help="text files: auto|lines|paragraphs (default auto); datasets: the split name")
+    p.add_argument("--config", default=None, help="hub datasets: the configuration name")
+    p.add_argument("--max-docs", type=int, default=None, help="at most this many documents per corpus")
+
+
+def _add_model_options(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--model", default=default, required=default is None,
+                   help="a zoo model name, a local Hugging Face checkpoint folder, or a hub id"
+                        + (f" (default: {default})" if default else ""))
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                   help="dtype to load the model in (default float32)")
+    p.add_argument("--device", default=None, help="device to run on, e.g. cpu or cuda:0 (default: where it loads)")
+    p.add_argument("--device-map", default=None, help="accelerate device map, e.g. auto, for models larger than one GPU")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the checkpoint's own Python code to run (off by default; only for sources you trust)")
+
+
+def _add_trace_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=8, help="documents per forward pass (default 8)")
+    p.add_argument("--max-length", type=int, default=1024,
+                   help="longest window in tokens; longer documents are split into windows (default 1024)")
+    p.add_argument("--store-probs", action="store_true", help="also store every token's full router probabilities")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="routerscope",
+        description="See how Mixture-of-Experts language models route tokens to experts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Start with `routerscope run` (offline, about a minute on a laptop CPU).")
+    parser.add_argument("--version", action="version", version=f"routerscope {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the main job on the embedded default: trace, heatmaps, summary",
+                         description="Trace a model on a corpus and write heatmaps, per-layer statistics and a "
+                                     "Markdown summary. With no arguments: the zoo's tiny-mixtral-ja-en on the "
+                                     "built-in Japanese/English corpus, offline.")
+    _add_model_options(run, DEFAULT_MODEL)
+    _add_corpus_options(run, ["builtin"])
+    _add_trace_options(run)
+    run.add_argument("--out", type=Path, default=Path("routerscope-out"),
+                     help="output folder (default ./routerscope-out)")
+    run.set_defaults(handler=cmd_trace)
+
+    trace = sub.add_parser("trace", help="trace a model on corpora and write the trace, heatmaps and statistics",
+                           description="Record every token's top-k experts in every MoE layer and write trace.npz, "
+                                       "utilisation heatmaps per language, the difference map, routing.json and "
+                                       "summary.md into --out.")
+    _add_model_options(trace, None)
+    _add_corpus_options(trace, None)
+    _add_trace_options(trace)
+    trace.add_argument("--out", type=Path, required=True, help="output folder")
+    trace.set_defaults(handler=cmd_trace)
+
+    check = sub.add_parser("check", help="routing regression check against a baseline file (exit 1 on regression)",
+                           description="Trace a model on a corpus and compare per-layer routing metrics with a "
+                                       "baseline JSON; exit 0 when within tolerance, 1 on a regression (printing "
+                                       "each layer out of tolerance), 2 on an error. --update writes the baseline.")
+    _add_model_options(check, DEFAULT_MODEL)
+    _add_corpus_options(check, ["builtin"])
+    _add_trace_options(check)
+    check.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
+    check.add_argument("--update", action="store_true", help="write or refresh the baseline instead of checking")
+    check.add_argument("--metrics", default="entropy,max_share,dead",
+                       help="comma-separated: entropy, max_share, dead, jsd (default entropy,max_share,dead)")
+    check.add_argument("--tol", action="append", default=[], metavar="METRIC=ABS[,REL]",
+                       help="tolerance for a metric, absolute and optionally relative, e.g. entropy=0.1,0.05 "
+                            "(defaults: entropy 0.05 bits or 2%%, max_share 0.05, dead 0, jsd 0.01 bits)")
+    check.set_defaults(handler=cmd_check)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_trace(args) -> int:
+    started = time.time()
+    if not args.corpus and args.command == "trace":
+        raise SystemExit("routerscope trace: give at least one --corpus [LANG=]SOURCE")
+    tr, corpus = _trace_from_args(args)
+    written = write_outputs(tr, args.out, corpus_name=corpus.name, model_name=args.model)
+    _say(f"done in {time.time() - started:.1f}s; wrote to {args.out}/:")
+    for path in written:
+        _say(f"  {path.name}")
+    return 0
+
+
+def _trace_from_args(args):
+    from .corpus import Corpus, load_corpus
+    from .models import load_model
+    from .tracing import trace
+
+    specs = [_corpus_arg(c) for c in (args.corpus or ["builtin"])]
+    _say(f"loading {args.model} ...")
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map,
+                                  trust_remote_code=args.trust_remote_code)
+    corpora = [load_corpus(source, language, text_field=args.text_field, language_field=args.language_field,
+                           split=args.split, config=args.config, max_docs=args.max_docs) for language, source in specs]
+    corpus = Corpus.concat(corpora)
+    counts = {lang: corpus.languages.count(lang) for lang in dict.fromkeys(corpus.languages)}
+    _say(f"tracing {len(corpus)} documents ({', '.join(f'{k}: {v}' for k, v in counts.items())}) ...")
+    tr = trace(model, corpus.texts, tokenizer, language=corpus.languages, pair_ids=corpus.pair_ids,
+               batch_size=args.batch_size, max_length=args.max_length, store_probs=args.store_probs,
+               progress=not args.no_progress)
+    return tr, corpus
+
+
+def cmd_check(args) -> int:
+    from .testing import BaselineError, check_routing, write_baseline
+
+    tolerances = {}
+    for item in args.tol:
+        name, _, values = item.partition("=")
+        try:
+            numbers = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise ValueError(f"--tol {item!r}: expected METRIC=ABS or METRIC=ABS,REL with numbers") from None
+        tolerances[name] = {"abs": numbers[0], **({"rel": numbers[1]} if len(numbers) > 1 else {})}
+    tr, _ = _trace_from_args(args)
+    if args.update:
+        write_baseline(tr, args.baseline)
+        _say(f"wrote baseline {args.baseline}")
+        return 0
+    try:
+        result = check_routing(tr, args.baseline, metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
+                               tolerances=tolerances)
+    except BaselineError as err:
+        _say(f"routerscope check: {err}")
+        return 2
+    print(result.table(only_failures=False))
+    print(result.message())
+    return 0 if result.ok else 1
+
+
+def write_outputs(tr, out: Path, *, corpus_name: str, model_name: str) -> list[Path]:
+    """trace.npz, utilisation heatmaps per language, the difference map, routing.json, summary.md."""
+    from . import plots
+    from ._io import atomic_write_text
+    from .metrics import routing_summary
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [tr.save(out / "trace.npz")]
+    languages = sorted(set(tr.doc_languages[tr.doc_ids].tolist()))
+    for language in languages:
+        ax = plots.utilization_heatmap(tr.select(language=language),
+                                       title=f"{model_name} on {corpus_name}: {language} utilisation")
+        written.append(plots.save_figure(ax, out / f"utilization_{language}.png"))
+    pair = ("ja", "en") if {"ja", "en"} <= set(languages) else tuple(languages[:2])
+    if len(pair) == 2:
+        ax = plots.difference_heatmap(tr, *pair, title=f"{model_name} on {corpus_name}: {pair[0]} − {pair[1]}")
+        written.append(plots.save_figure(ax, out / f"difference_{pair[0]}-minus-{pair[1]}.png"))
+    summary = routing_summary(tr)
+    summary["corpus"] = corpus_name
+    written.append(atomic_write_text(out / "routing.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n"))
+    written.append(atomic_write_text(out / "summary.md", _markdown_summary(tr, summary, model_name, corpus_name,
+                                                                            [p.name for p in written], pair)))
+    return written
+
+
+def _markdown_summary(tr, summary: dict, model_name: str, corpus_name: str, files: list[str], pair) -> str:
+    import numpy as np
+
+    langs = summary["languages"]
+    lines = [f"# routerscope: {model_name} on {corpus_name}", "",
+             f"{len(tr):,} tokens in {len(np.unique(tr.doc_ids)):,} documents; {tr.n_layers} MoE layers, "
+             f"top-{tr.top_k} of {tr.n_experts} experts. Special tokens (BOS/EOS) are left out of every number.",
+             "", "Load is the share of assignments N_e / (k · tokens): chance "
+             f"1/{tr.n_experts} = {1 / tr.n_experts:.3f}. Entropy of the load in bits, at most "
+             f"log2 {tr.n_experts} = {np.log2(tr.n_experts):.2f}.", "",
+             "| layer | " + " | ".join(f"{lang} entropy (bits) | {lang} max load" for lang in langs) + " |",
+             "|---|" + "---|---|" * len(langs)]
+    for i, layer in enumerate(summary["layers"]):
+        cells = [f"{langs[lang]['entropy_bits'][i]:.3f} | {langs[lang]['max_load'][i]:.3f}" for lang in langs]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    if len(pair) == 2 and all(p in langs for p in pair):
+        a = np.asarray(langs[pair[0]]["load"])
+        b = np.asarray(langs[pair[1]]["load"])
+        diff = a - b
+        layer, expert = np.unravel_index(np.abs(diff).argmax(), diff.shape)
+        lines += ["", f"Largest {pair[0]} − {pair[1]} difference in share of assignments: "
+                      f"{diff[layer, expert]:+.3f} (layer {summary['layers'][layer]}, expert {expert}). "
+                      "This is a description of this corpus, not a test: tokens are not independent, so no "
+                      "p-value is given here."]
+    lines += ["", "Files: " + ", ".join(f"`{f}`" for f in files + ["summary.md"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI only writes files; never open a window
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        _say(f"routerscope {args.command}: error: {message}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
