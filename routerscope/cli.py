@@ -110,7 +110,85 @@ def build_parser() -> argparse.ArgumentParser:
                        help="tolerance for a metric, absolute and optionally relative, e.g. entropy=0.1,0.05 "
                             "(defaults: entropy 0.05 bits or 2%%, max_share 0.05, dead 0, jsd 0.01 bits)")
     check.set_defaults(handler=cmd_check)
+
+    swap = sub.add_parser("swap", help="streaming expert swap on safetensors checkpoints (never loads a model)",
+                          description="Copy a dense checkpoint's MLP (and optionally attention, norms, lm_head, "
+                                      "embeddings) into experts of a MoE checkpoint, tensor by tensor, writing a "
+                                      "new sharded checkpoint with swap_manifest.json (sha256 of every shard).")
+    swap.add_argument("--moe", type=Path, required=True, help="MoE checkpoint folder (e.g. Mixtral)")
+    swap.add_argument("--dense", type=Path, required=True, help="dense checkpoint folder (e.g. a Mistral-7B)")
+    swap.add_argument("--expert", default="0", help="expert index, or several comma-separated (default 0)")
+    swap.add_argument("--parts", default="mlp",
+                      help="comma-separated: mlp, attention, norms, lm_head, embeddings (default mlp)")
+    swap.add_argument("--layers", default=None, help="comma-separated layer indices (default: every layer)")
+    swap.add_argument("--router", default="keep",
+                      help="router row of each swapped expert: keep, copy:J, mean or zero (default keep)")
+    swap.add_argument("--allow", default="",
+                      help="comma-separated config settings that may differ although they change the function, "
+                           "e.g. rope_theta,rms_norm_eps (default: none)")
+    swap.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
+    swap.add_argument("--force", action="store_true", help="replace a checkpoint already in --out")
+    swap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    swap.set_defaults(handler=cmd_swap)
+
+    compare = sub.add_parser("compare", help="routing shift between two trace files of the same tokens",
+                             description="Compare two traces of the same tokens (e.g. before and after a swap): "
+                                         "per layer and language, first-choice changes, top-k agreement and Jaccard "
+                                         "with chance values, share changes, JS divergence; writes before/after/"
+                                         "difference heatmaps, shift.md and shift.csv.")
+    compare.add_argument("before", type=Path, help="trace file before (trace.npz)")
+    compare.add_argument("after", type=Path, help="trace file after")
+    compare.add_argument("--swapped", default="", help="comma-separated swapped experts, listed first")
+    compare.add_argument("--out", type=Path, required=True, help="output folder")
+    compare.set_defaults(handler=cmd_compare)
     return parser
+
+
+def _ints(text: str | None) -> list[int] | None:
+    if text is None or text == "":
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r}: expected comma-separated integers") from None
+
+
+def cmd_swap(args) -> int:
+    from .checkpoint_swap import swap_checkpoint
+    from .compat import SwapError
+
+    try:
+        manifest = swap_checkpoint(args.moe, args.dense, args.out, experts=_ints(args.expert) or [],
+                                   parts=[p.strip() for p in args.parts.split(",") if p.strip()],
+                                   layers=_ints(args.layers), router=args.router,
+                                   allow=[a.strip() for a in args.allow.split(",") if a.strip()], force=args.force,
+                                   progress=not args.no_progress)
+    except SwapError as err:
+        _say(f"routerscope swap: error: {err}")
+        return 2
+    _say(f"wrote {args.out}: {len(manifest['changed'])} tensor ranges replaced in {len(manifest['shards'])} shard(s); "
+         "see swap_manifest.json")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from . import plots
+    from ._io import atomic_write_text
+    from .shift import compare
+    from .trace_data import Trace
+
+    before, after = Trace.load(args.before), Trace.load(args.after)
+    shift = compare(before, after, swapped=_ints(args.swapped) or ())
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    plots.save_figure(plots.utilization_heatmap(before, title=f"before: {before.model_name}"), out / "before.png")
+    plots.save_figure(plots.utilization_heatmap(after, title=f"after: {after.model_name}"), out / "after.png")
+    plots.save_figure(plots.shift_heatmap(shift), out / "difference.png")
+    atomic_write_text(out / "shift.md", shift.to_markdown())
+    atomic_write_text(out / "shift.csv", shift.to_frame().to_csv(index=False))
+    print(shift.to_markdown())
+    _say(f"wrote before.png, after.png, difference.png, shift.md, shift.csv to {out}/")
+    return 0
 
 
 def _version() -> str:

@@ -82,6 +82,25 @@ def difference_heatmap(trace: Trace, language_a: str = "ja", language_b: str = "
     return ax
 
 
+def shift_heatmap(shift, *, title: str | None = None, ax=None):
+    """After − before share of assignments per layer and expert, all languages together
+    (token-weighted), from a :class:`routerscope.shift.RoutingShift`."""
+    weights = np.array([shift.tokens[lang] for lang in shift.languages], dtype=float)
+    diff = sum(w * shift.share_change(lang) for w, lang in zip(weights, shift.languages)) / weights.sum()
+    n_layers, n_experts = diff.shape
+    ax = _axes(ax, n_layers, n_experts)
+    limit = max(float(np.abs(diff).max()), 0.02)
+    sns.heatmap(diff, ax=ax, cmap="PuOr_r", center=0.0, vmin=-limit, vmax=limit, annot=n_experts <= 16, fmt="+.2f",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": "share of assignments, after − before"})
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_xticks(np.arange(n_experts) + 0.5, [f"{e}*" if e in shift.swapped else str(e) for e in range(n_experts)])
+    ax.set_yticks(np.arange(n_layers) + 0.5, [str(x) for x in shift.layers], rotation=0)
+    ax.set_title((title or "routing shift") + f"\n{sum(shift.tokens.values()):,} tokens; * = swapped expert; "
+                 f"chance share 1/{n_experts}", fontsize=10)
+    return ax
+
+
 def save_figure(ax, path: str | os.PathLike, dpi: int = 130) -> Path:
     """Save the axes' figure as PNG atomically and close it."""
     path = Path(path)
