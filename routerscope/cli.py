@@ -141,7 +141,41 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--swapped", default="", help="comma-separated swapped experts, listed first")
     compare.add_argument("--out", type=Path, required=True, help="output folder")
     compare.set_defaults(handler=cmd_compare)
+
+    report = sub.add_parser("report", help="test language specialisation; write a Markdown and HTML report",
+                            description="Test whether experts specialise by language with document-level "
+                                        "permutations, bootstrap intervals, a split-half noise floor and an "
+                                        "equivalence test, under controls; write report.md, report.html, CSV tables "
+                                        "and figures. Give a trace file, or a model and corpora to trace.")
+    report.add_argument("--trace", type=Path, default=None, help="an existing trace file (else --model/--corpus)")
+    _add_model_options(report, DEFAULT_MODEL)
+    _add_corpus_options(report, ["builtin"])
+    _add_trace_options(report)
+    report.add_argument("--bound", type=float, default=0.05,
+                        help="equivalence bound on max |Δ_e|, share of tokens (default 0.05)")
+    report.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    report.add_argument("--permutations", type=int, default=2000, help="document-level permutations (default 2000)")
+    report.add_argument("--bootstraps", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    report.add_argument("--seed", type=int, default=0, help="random seed for resampling (default 0)")
+    report.add_argument("--out", type=Path, default=Path("routerscope-report"), help="output folder")
+    report.set_defaults(handler=cmd_report)
     return parser
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .trace_data import Trace
+
+    if args.trace is not None:
+        tr = Trace.load(args.trace)
+        title = f"Language specialisation: {tr.model_name} ({args.trace.name})"
+    else:
+        tr, corpus = _trace_from_args(args)
+        title = f"Language specialisation: {args.model} on {corpus.name}"
+    files = write_report(tr, args.out, title=title, bound=args.bound, alpha=args.alpha,
+                         permutations=args.permutations, bootstraps=args.bootstraps, seed=args.seed)
+    _say(f"wrote {len(files)} files to {args.out}/ (open report.html)")
+    return 0
 
 
 def _ints(text: str | None) -> list[int] | None:

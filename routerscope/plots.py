@@ -114,3 +114,51 @@ def save_figure(ax, path: str | os.PathLike, dpi: int = 130) -> Path:
     finally:
         plt.close(ax.figure)
     return path
+
+
+def specialization_curves(result, *, ax=None, title: str | None = None):
+    """Per-layer mutual information I(expert; language) and JS divergence, with 95% bootstrap
+    bands (documents resampled) and the split-half noise floor (95th percentile)."""
+    layers = result.layers
+    if ax is None:
+        ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")[1]
+    ax.plot(layers, result.mutual_information, marker="o", color="C0", label="I(expert; language), Miller–Madow")
+    ax.fill_between(layers, result.ci_mi[:, 0], result.ci_mi[:, 1], color="C0", alpha=0.2)
+    ax.plot(layers, result.jsd_bits, marker="s", color="C1", label=f"JSD({result.languages[0]} ‖ {result.languages[1]})")
+    ax.fill_between(layers, result.ci_jsd[:, 0], result.ci_jsd[:, 1], color="C1", alpha=0.2)
+    ax.plot(layers, result.noise_jsd_95, linestyle="--", color="0.4",
+            label="JSD noise floor (split halves, 95th pct)")
+    ax.axhline(0.0, color="0.7", linewidth=0.8)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("bits (0 = no language information)")
+    ax.set_xticks(layers)
+    ax.legend(fontsize=8, loc="upper left")
+    a, b = result.languages
+    ax.set_title((title or "Language information in routing")
+                 + f"\n{result.n_docs[a]} {a} / {result.n_docs[b]} {b} documents, "
+                 f"{sum(result.n_tokens.values()):,} tokens; bands: 95% bootstrap over "
+                 f"{'pairs' if result.paired else 'documents'}", fontsize=10)
+    return ax
+
+
+def delta_heatmap(result, *, ax=None, title: str | None = None, q: float | None = None):
+    """Δ_e = share of tokens (language a) − share of tokens (language b), layers × experts;
+    cells significant after Benjamini–Hochberg (q < alpha) are marked with *."""
+    q = result.alpha if q is None else q
+    delta = result.delta
+    n_layers, n_experts = delta.shape
+    ax = _axes(ax, n_layers, n_experts)
+    marks = np.where(result.q_cell < q, "*", "")
+    labels = np.char.add(np.char.mod("%+.2f", delta), marks)
+    limit = max(float(np.abs(delta).max()), result.bound * 2)
+    a, b = result.languages
+    sns.heatmap(delta, ax=ax, cmap="RdBu_r", center=0.0, vmin=-limit, vmax=limit, annot=labels, fmt="",
+                annot_kws={"fontsize": 7}, cbar_kws={"label": f"Δ share of tokens, {a} − {b} (chance 0)"})
+    ax.set_xlabel("expert")
+    ax.set_ylabel("MoE layer")
+    ax.set_xticks(np.arange(n_experts) + 0.5, [str(e) for e in range(n_experts)])
+    ax.set_yticks(np.arange(n_layers) + 0.5, [str(x) for x in result.layers], rotation=0)
+    ax.set_title((title or f"Per-expert language difference Δ_e ({a} − {b})")
+                 + f"\n* = BH q < {q:g} over {delta.size} cells, {result.permutations} document-level permutations; "
+                 f"equivalence bound ±{result.bound:g}", fontsize=10)
+    return ax

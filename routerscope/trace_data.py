@@ -133,13 +133,17 @@ class Trace:
 
     # -- selection --------------------------------------------------------------------------
     def select(self, language: str | Sequence[str] | None = None, docs: Iterable[int] | None = None,
-               layers: Iterable[int] | None = None, exclude_special: bool = False) -> "Trace":
+               layers: Iterable[int] | None = None, exclude_special: bool = False,
+               tokens: np.ndarray | None = None) -> "Trace":
         """A Trace of a subset: whole documents by language and/or id, MoE layers by layer
-        number (as in ``self.layers``), optionally without special tokens.
+        number (as in ``self.layers``), optionally without special tokens, and only the
+        tokens where the boolean mask ``tokens`` is True.
 
         Usage: ``tr.select(language="ja", layers=[0, 31], exclude_special=True)``.
         Document ids are kept, so a selection still lines up with its source."""
-        keep = np.ones(len(self), dtype=bool)
+        keep = np.ones(len(self), dtype=bool) if tokens is None else np.asarray(tokens, dtype=bool).copy()
+        if len(keep) != len(self):
+            raise ValueError(f"tokens= must be a boolean mask of {len(self)} tokens, got {len(keep)}")
         if language is not None:
             wanted = [language] if isinstance(language, str) else list(language)
             unknown = sorted(set(wanted) - set(self.doc_languages.tolist()))
