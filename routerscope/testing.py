@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -97,7 +98,15 @@ def write_baseline(trace: Trace, path: str | os.PathLike, *, texts: Sequence[str
         "layers": trace.layers.tolist(),
         "metrics": routing_metrics(trace),
     }
-    return atomic_write_text(path, json.dumps(baseline, indent=1, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, _readable_json(baseline))
+
+
+def _readable_json(data: dict) -> str:
+    """JSON with one line per scalar and per list of numbers, so diffs show which layer moved."""
+    text = json.dumps(data, indent=2, ensure_ascii=False)
+    # Collapse every innermost list (numbers only) onto one line.
+    return re.sub(r"\[\s*([-0-9.eE+,\s]*?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",") if x.strip()) + "]", text) + "\n"
 
 
 def read_baseline(path: str | os.PathLike) -> dict:
