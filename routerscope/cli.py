@@ -24,9 +24,6 @@ def _corpus_arg(value: str) -> tuple[str | None, str]:
     if "=" in value and not value.startswith("hf:"):
         language, source = value.split("=", 1)
         return language or None, source
-    if value.startswith("hf:") and "=" in value.split(":", 1)[0]:
-        language, source = value.split("=", 1)
-        return language, source
     return None, value
 
 

@@ -22,6 +22,12 @@ def routing_entropy(shares: np.ndarray) -> np.ndarray:
     return -terms.sum(axis=-1)
 
 
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen–Shannon divergence in bits between rows of two share matrices (0 = identical, at most 1)."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    return (routing_entropy((p + q) / 2) - (routing_entropy(p) + routing_entropy(q)) / 2).clip(min=0.0)
+
+
 def routing_summary(trace: Trace) -> dict:
     """Per-language, per-layer expert load (share of assignments) and routing entropy.
 

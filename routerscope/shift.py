@@ -24,7 +24,7 @@ from math import comb
 import numpy as np
 import pandas as pd
 
-from .metrics import routing_entropy
+from .metrics import js_divergence, routing_entropy
 from .trace_data import Trace
 
 
@@ -38,10 +38,6 @@ def chance_jaccard(n_experts: int, top_k: int) -> float:
     total = comb(n_experts, top_k)
     return sum(comb(top_k, i) * comb(n_experts - top_k, top_k - i) / total * i / (2 * top_k - i)
                for i in range(0, top_k + 1))
-
-
-def _jsd_bits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return (routing_entropy((p + q) / 2) - (routing_entropy(p) + routing_entropy(q)) / 2).clip(min=0.0)
 
 
 @dataclass(frozen=True)
@@ -139,7 +135,7 @@ def compare(before: Trace, after: Trace, swapped=()) -> RoutingShift:
         sa = before.select(docs=np.unique(before.doc_ids[mask]), exclude_special=True).utilization(normalize=True)
         sb = after.select(docs=np.unique(after.doc_ids[mask]), exclude_special=True).utilization(normalize=True)
         out["share_before"][lang], out["share_after"][lang] = sa, sb
-        out["jsd_bits"][lang] = _jsd_bits(sa, sb)
+        out["jsd_bits"][lang] = js_divergence(sa, sb)
         out["entropy_change"][lang] = routing_entropy(sb) - routing_entropy(sa)
         if both_probs:
             p = before.probs[mask].astype(np.float64).clip(1e-12)

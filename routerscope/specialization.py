@@ -40,7 +40,7 @@ from math import comb
 import numpy as np
 import pandas as pd
 
-from .metrics import routing_entropy
+from .metrics import js_divergence, routing_entropy
 from .trace_data import Trace
 
 SPECIALISED = "language-specialised"
@@ -94,10 +94,6 @@ def _shares_from(counts_a, tokens_a, counts_b, tokens_b):
     fa = counts_a / np.maximum(tokens_a, 1)[..., None, None]
     fb = counts_b / np.maximum(tokens_b, 1)[..., None, None]
     return fa, fb
-
-
-def _jsd(p, q):
-    return (routing_entropy((p + q) / 2) - (routing_entropy(p) + routing_entropy(q)) / 2).clip(min=0.0)
 
 
 def _mutual_information(ca, cb, k):
@@ -314,7 +310,7 @@ def specialization(trace: Trace, by: str = "language", *, languages: tuple[str, 
     fa, fb = ca / ta, cb / tb
     delta = fa - fb
     mi, h_lang = _mutual_information(ca, cb, k)
-    jsd = _jsd(fa / k, fb / k)
+    jsd = js_divergence(fa / k, fb / k)
     table = np.stack([ca, cb], axis=-2)  # [L, 2, E]
     n = table.sum((-1, -2))
     expected = table.sum(-1, keepdims=True) * table.sum(-2, keepdims=True) / n[:, None, None]
@@ -347,7 +343,7 @@ def specialization(trace: Trace, by: str = "language", *, languages: tuple[str, 
         sa, sb = _shares_from(ba, bta, bb, btb)
         boot_delta.append(sa - sb)
         boot_mi.append(_mutual_information(ba, bb, k)[0])
-        boot_jsd.append(_jsd(sa / k, sb / k))
+        boot_jsd.append(js_divergence(sa / k, sb / k))
     boot_delta, boot_mi, boot_jsd = (np.concatenate(x) for x in (boot_delta, boot_mi, boot_jsd))
     ci = lambda x, level: np.stack(np.percentile(x, [100 * (1 - level) / 2, 100 * (1 + level) / 2], axis=0),  # noqa: E731
                                    axis=-1)
@@ -362,7 +358,7 @@ def specialization(trace: Trace, by: str = "language", *, languages: tuple[str, 
             half[rng.permutation(len(rows))[: len(rows) // 2]] = True
             ha, hta, hb, htb = _labelled_sums(sub, half[None, :])
             sa, sb = ha[0] / hta[0], hb[0] / htb[0]
-            noise_jsd.append(_jsd(sa / k, sb / k))
+            noise_jsd.append(js_divergence(sa / k, sb / k))
             noise_delta.append(np.abs(sa - sb).max(-1))
     noise_jsd_95 = np.percentile(np.stack(noise_jsd), 95, axis=0)
     noise_delta_95 = np.percentile(np.stack(noise_delta), 95, axis=0)
@@ -474,7 +470,7 @@ def utilization_by_class(trace: Trace, classes: np.ndarray, min_tokens: int = 20
         if mask.sum() < min_tokens:
             continue
         shares = real.select(tokens=mask).utilization(normalize=True)
-        jsd = _jsd(shares, overall)
+        jsd = js_divergence(shares, overall)
         for i, layer in enumerate(real.layers.tolist()):
             rows.append({"class": cls, "layer": layer, "tokens": int(mask.sum()), "jsd_from_all_bits": jsd[i],
                          "top_expert": int(shares[i].argmax()), "top_share": shares[i].max()})

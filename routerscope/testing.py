@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ._io import atomic_write_text
-from .metrics import routing_entropy
+from .metrics import js_divergence, routing_entropy
 from .trace_data import Trace
 
 METRICS = ("entropy", "max_share", "dead", "jsd")
@@ -164,11 +164,6 @@ class RoutingCheck:
                 "`pytest --routerscope-update` and commit it.")
 
 
-def _jsd_bits(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    m = (p + q) / 2
-    return (routing_entropy(m) - (routing_entropy(p) + routing_entropy(q)) / 2).clip(min=0.0)
-
-
 def check_routing(trace: Trace, baseline: str | os.PathLike | dict, *, metrics: Sequence[str] = DEFAULT_METRICS,
                   tolerances: dict | None = None, texts: Sequence[str] | None = None,
                   languages: Sequence[str] | None = None) -> RoutingCheck:
@@ -199,7 +194,7 @@ def check_routing(trace: Trace, baseline: str | os.PathLike | dict, *, metrics: 
     for metric in metrics:
         if metric == "jsd":
             base = np.zeros(len(trace.layers))
-            obs = _jsd_bits(np.asarray(observed["load"]), np.asarray(data["metrics"]["load"]))
+            obs = js_divergence(np.asarray(observed["load"]), np.asarray(data["metrics"]["load"]))
             allowed = np.full(len(base), tol["jsd"]["abs"])
         else:
             base = np.asarray(data["metrics"][metric], dtype=float)

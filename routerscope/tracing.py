@@ -58,6 +58,12 @@ def _resolve_tokenizer(model, tokenizer):
             raise TypeError(f"tokenizer must be a Hugging Face tokenizer, got {type(tokenizer).__name__}")
         return tokenizer
     source = getattr(getattr(model, "config", None), "_name_or_path", "") or getattr(model, "name_or_path", "")
+    from . import zoo
+
+    if source in zoo.names():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(zoo.tokenizer_path())
     if source:
         from transformers import AutoTokenizer
 
