@@ -267,12 +267,8 @@ def _words_for(texts, kept, languages, doc_slot, spans):
         word_ids[bounds[j]:bounds[j + 1]] = np.where(local >= 0, local + n_words, -1)
         n_words += len(doc_words)
         table["word_doc"] += [doc] * len(doc_words)
-        for w in doc_words:
-            table["word_start"].append(w.start)
-            table["word_end"].append(w.end)
-            table["word_surface"].append(w.surface)
-            table["word_pos1"].append(w.pos1)
-            table["word_pos2"].append(w.pos2)
-            table["word_lemma"].append(w.lemma)
+        for name, values in zip(("word_start", "word_end", "word_surface", "word_pos1", "word_pos2", "word_lemma"),
+                                zip(*[(w.start, w.end, w.surface, w.pos1, w.pos2, w.lemma) for w in doc_words])):
+            table[name] += values
     ints = ("word_doc", "word_start", "word_end")
     return {name: np.asarray(v, dtype=np.int32 if name in ints else str) for name, v in table.items()}, word_ids

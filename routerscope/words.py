@@ -106,8 +106,11 @@ def align(char_spans: np.ndarray, words: list[Word], text_length: int) -> np.nda
     if not words or text_length == 0:
         return result
     owner = np.full(text_length, -1, dtype=np.int64)
-    for i, word in enumerate(words):
-        owner[word.start:word.end] = i
+    starts = np.fromiter((w.start for w in words), dtype=np.int64, count=len(words))
+    lengths = np.fromiter((w.end - w.start for w in words), dtype=np.int64, count=len(words))
+    first = np.cumsum(lengths) - lengths
+    chars = np.arange(lengths.sum()) - np.repeat(first, lengths) + np.repeat(starts, lengths)
+    owner[chars] = np.repeat(np.arange(len(words)), lengths)
     covered = np.flatnonzero(owner >= 0)
     # A character outside every word (whitespace) belongs to the next word, or the last one.
     nxt = np.minimum(np.searchsorted(covered, np.arange(text_length)), len(covered) - 1)
