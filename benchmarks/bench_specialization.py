@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from routerscope import Trace
-from routerscope.specialization import DocumentCounts, _labelled_sums, _null_labels
+from routerscope.language_specialization import DocumentCounts, _labelled_sums, _null_labels
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ _EXPORTS = {
     "swap_expert": "swap", "SwapRecord": "swap",
     "swap_checkpoint": "checkpoint_swap",
     "compare": "shift", "RoutingShift": "shift", "perplexity": "shift",
-    "specialization": "specialization", "SpecializationResult": "specialization",
+    "specialization": "language_specialization", "SpecializationResult": "language_specialization",
 }
 _SUBMODULES = ("corpus", "zoo", "plots", "testing", "cli", "models", "shift", "metrics")
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import plots
 from ._io import atomic_write_text
-from .specialization import controls, specialization, token_scripts, utilization_by_class
+from .language_specialization import controls, specialization, token_scripts, utilization_by_class
 from .trace_data import Trace
 
 
@@ -49,10 +49,14 @@ def write_report(trace: Trace, out: str | Path, *, title: str | None = None, bou
     ctrl = controls(trace, bound=bound, alpha=alpha, permutations=min(permutations, 1000),
                     bootstraps=min(bootstraps, 500), seed=seed)
     scripts = utilization_by_class(trace, token_scripts(trace))
+    japanese = trace.select(language="ja") if "ja" in (a, b) else None
+    pos = utilization_by_class(japanese, japanese.token_pos1) if japanese is not None and len(japanese.word_pos1) \
+        else pd.DataFrame()
     files += [atomic_write_text(out / "layers.csv", layers.to_csv(index=False)),
               atomic_write_text(out / "experts.csv", experts.to_csv(index=False)),
               atomic_write_text(out / "controls.csv", ctrl.to_csv(index=False)),
-              atomic_write_text(out / "scripts.csv", scripts.to_csv(index=False))]
+              atomic_write_text(out / "scripts.csv", scripts.to_csv(index=False)),
+              atomic_write_text(out / "pos.csv", pos.to_csv(index=False))]
     counts = {v: res.verdicts.count(v) for v in dict.fromkeys(res.verdicts)}
     summary = "; ".join(f"{n} layer(s) {v}" for v, n in counts.items())
     verdict_table = layers[["layer", "verdict", "max_abs_delta", "bound", "p_perm_holm", "mi_bits", "mi_ci_low",
@@ -91,12 +95,19 @@ def write_report(trace: Trace, out: str | Path, *, title: str | None = None, bou
           "![Delta heatmap](delta.png)", "", "## Controls", "", _table(ctrl_pivot), ""]
     if len(skipped):
         md += ["Controls not computed: " + "; ".join(f"{r.control} ({r.verdict})" for r in skipped.itertuples()), ""]
+    if len(pos):
+        pos_summary = pos.groupby("class").agg(tokens=("tokens", "first"),
+                                               mean_jsd_from_all_ja_bits=("jsd_from_all_bits", "mean")).reset_index()
+        md += ["## By Japanese part of speech (descriptive)", "",
+               "UniDic pos1 of the word each Japanese token belongs to (fugashi + unidic-lite); JS divergence of its "
+               "utilisation from that of all Japanese tokens, averaged over layers (classes with 20+ tokens).", "",
+               _table(pos_summary.sort_values("tokens", ascending=False)), ""]
     md += ["## By script (descriptive)", "",
            "JS divergence of each script class's utilisation from that of all tokens, averaged over layers. Byte-"
            "fallback tokens (rare kanji split into bytes) can look like a 'Japanese expert'.", "",
            _table(script_summary), "",
            f"![{a} utilisation](utilization_{a}.png) ![{b} utilisation](utilization_{b}.png)", "",
-           "Files: layers.csv, experts.csv, controls.csv, scripts.csv.", ""]
+           "Files: layers.csv, experts.csv, controls.csv, scripts.csv, pos.csv.", ""]
     markdown = "\n".join(md)
     files.append(atomic_write_text(out / "report.md", markdown))
     files.append(atomic_write_text(out / "report.html", _html(markdown, title)))

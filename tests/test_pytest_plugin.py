@@ -22,9 +22,9 @@ def test_routing(routing_baseline):
     if MUTATION == "collapse-last-layer":
         # Zero router weights: equal logits, so every token goes to experts 0 and 1.
         find_moe_layers(model)[-1].router.weight.data.zero_()
-    elif MUTATION.startswith("swap"):
+    elif MUTATION == "swap-4-experts":
         dense, _ = zoo.load("tiny-mistral-ja")
-        routerscope.swap_expert(model, dense, expert=0)
+        routerscope.swap_expert(model, dense, expert=[0, 1, 2, 3])
     trace = routerscope.trace(model, texts, tokenizer, language=languages, progress=False)
     routing_baseline("tiny", trace, metrics={metrics!r}, tolerances={tolerances!r})
 '''
@@ -55,6 +55,20 @@ def test_collapsed_router_fails_naming_the_layer(pytester):
     result.stdout.fnmatch_lines(["*routing regression*in layer(s) [[]3[]]*", "*    3  entropy*FAIL*",
                                  "*    3  dead*6.0000*FAIL*"])
     assert "    0  entropy" not in result.stdout.str()  # only layers out of tolerance are listed
+
+
+def test_swapped_experts_fail_or_pass_by_tolerance(pytester):
+    make_test(pytester, metrics=("entropy", "jsd"))
+    pytester.runpytest_subprocess("--routerscope-update").assert_outcomes(passed=1)
+    make_test(pytester, mutation="swap-4-experts", metrics=("entropy", "jsd"),
+              tolerances={"entropy": {"abs": 0.001, "rel": 0.0}, "jsd": 0.0005})
+    strict = pytester.runpytest_subprocess()
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["*routing regression*"])
+    assert "    0  entropy" not in strict.stdout.str()  # layer 0 cannot move with an MLP-only swap
+    make_test(pytester, mutation="swap-4-experts", metrics=("entropy", "jsd"),
+              tolerances={"entropy": {"abs": 0.5, "rel": 0.0}, "jsd": 0.2})
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
 
 
 def test_missing_baseline_fails_with_the_instruction(pytester):

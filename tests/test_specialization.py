@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from routerscope import Trace, specialization
-from routerscope.specialization import (INCONCLUSIVE, SPECIALISED, benjamini_hochberg, chance_any_shared,
+from routerscope.language_specialization import (INCONCLUSIVE, SPECIALISED, benjamini_hochberg, chance_any_shared,
                                         consecutive_agreement, controls, equivalent_label, holm, token_script)
 
 

@@ -253,3 +253,20 @@ def test_perplexity_matches_the_model_loss(mixtral_tokenizer):
             loss = moe(input_ids=ids, labels=ids).loss.item()
         assert result[lang]["perplexity"] == pytest.approx(np.exp(loss), rel=1e-4)
         assert result[lang]["tokens"] == ids.shape[1] - 1
+
+
+def test_compare_command_writes_figures_and_table(mixtral_tokenizer, tmp_path, capsys):
+    from routerscope.cli import main
+
+    moe, dense = pair()
+    texts = ["吾輩は猫である。", "I am a cat.", "名前はまだ無い。", "No name yet."]
+    langs = ["ja", "en", "ja", "en"]
+    routerscope.trace(moe, texts, mixtral_tokenizer, language=langs, progress=False).save(tmp_path / "before.npz")
+    swap_expert(moe, dense, expert=2)
+    routerscope.trace(moe, texts, mixtral_tokenizer, language=langs, progress=False).save(tmp_path / "after.npz")
+    assert main(["compare", str(tmp_path / "before.npz"), str(tmp_path / "after.npz"), "--swapped", "2",
+                 "--out", str(tmp_path / "cmp")]) == 0
+    names = sorted(p.name for p in (tmp_path / "cmp").iterdir())
+    assert names == ["after.png", "before.png", "difference.png", "shift.csv", "shift.md"]
+    table = (tmp_path / "cmp" / "shift.md").read_text()
+    assert "Δshare e2" in table and "| ja | 0 | 0.000 | 1.000 |" in table
