@@ -33,10 +33,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .compat import SwapError, check_compatible
+from .compat import PARTS, SwapError, check_compatible
 
 CHUNK = 16 << 20
-PARTS = ("mlp", "attention", "norms", "lm_head", "embeddings")
 _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 

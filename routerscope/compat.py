@@ -16,6 +16,10 @@ from types import SimpleNamespace
 from typing import Iterable
 
 
+# What a swap can copy from the dense model (see routerscope.swap for each part's meaning).
+PARTS = ("mlp", "attention", "norms", "lm_head", "embeddings")
+
+
 class SwapError(ValueError):
     """A swap that cannot be done as asked; nothing was changed."""
 
@@ -25,6 +29,10 @@ FUNCTION_FIELDS = ("rope_theta", "rms_norm_eps", "sliding_window", "hidden_act",
                    "max_position_embeddings")
 SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "vocab_size")
+
+
+# What a swap can copy from the dense model (see routerscope.swap for each part's meaning).
+PARTS = ("mlp", "attention", "norms", "lm_head", "embeddings")
 
 
 class SwapError(ValueError):

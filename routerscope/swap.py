@@ -37,9 +37,8 @@ import torch
 from torch import nn
 
 from .capture import find_moe_layers
-from .compat import SwapError, check_compatible
+from .compat import PARTS, SwapError, check_compatible
 
-PARTS = ("mlp", "attention", "norms", "lm_head", "embeddings")
 
 
 @dataclass
