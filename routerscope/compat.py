@@ -31,14 +31,6 @@ SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_at
                 "num_key_value_heads", "head_dim", "vocab_size")
 
 
-# What a swap can copy from the dense model (see routerscope.swap for each part's meaning).
-PARTS = ("mlp", "attention", "norms", "lm_head", "embeddings")
-
-
-class SwapError(ValueError):
-    """A swap that cannot be done as asked; nothing was changed."""
-
-
 def _config_value(config, name):
     if name == "head_dim":
         value = getattr(config, "head_dim", None)
