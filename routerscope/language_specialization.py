@@ -199,7 +199,21 @@ def consecutive_agreement(trace: Trace) -> dict:
                            for layer in range(trace.n_layers)]) / max(len(trace), 1)
     return {"pairs": int(same_doc.sum()), "first_choice": first, "any_shared": any_shared,
             "chance_first_uniform": 1.0 / e, "chance_any_uniform": chance_any_shared(e, k),
-            "chance_first_matched": (first_dist ** 2).sum(1)}
+            "chance_first_matched": (first_dist ** 2).sum(1),
+            "chance_any_matched": np.array([_matched_any_shared(trace.experts[:, layer], e)
+                                            for layer in range(trace.n_layers)])}
+
+
+def _matched_any_shared(experts: np.ndarray, n_experts: int) -> float:
+    """P(two tokens drawn independently from the observed top-k sets share an expert)."""
+    if comb(n_experts, experts.shape[1]) > 5000 or len(experts) == 0:
+        return float("nan")  # too many possible sets to enumerate
+    hot = np.zeros((len(experts), n_experts), dtype=bool)
+    np.put_along_axis(hot, experts.astype(np.int64), True, axis=1)
+    sets, counts = np.unique(hot, axis=0, return_counts=True)
+    p = counts / counts.sum()
+    disjoint = (sets.astype(np.int64) @ sets.T.astype(np.int64)) == 0
+    return float(1.0 - p @ disjoint @ p)
 
 
 @dataclass
@@ -237,7 +251,7 @@ class SpecializationResult:
     ci_delta: np.ndarray  # [L, E, 2] at 1 - 2 alpha (the TOST interval)
     noise_jsd_95: np.ndarray
     noise_max_delta_95: np.ndarray
-    consecutive: dict = field(default_factory=dict)
+    consecutive: dict = field(default_factory=dict)  # see consecutive_agreement()
     verdicts: list = field(default_factory=list)
 
     def to_frame(self) -> pd.DataFrame:
@@ -250,6 +264,8 @@ class SpecializationResult:
                 "layer": layer, "verdict": self.verdicts[i],
                 f"entropy_{a}_bits": self.entropy_bits[a][i], f"entropy_{b}_bits": self.entropy_bits[b][i],
                 "entropy_max_bits": np.log2(self.n_experts),
+                f"entropy_{a}_normalized": self.entropy_bits[a][i] / np.log2(self.n_experts),
+                f"entropy_{b}_normalized": self.entropy_bits[b][i] / np.log2(self.n_experts),
                 "mi_bits": self.mutual_information[i], "mi_ci_low": self.ci_mi[i, 0], "mi_ci_high": self.ci_mi[i, 1],
                 "mi_over_H_language": self.mi_normalized[i],
                 "jsd_bits": self.jsd_bits[i], "jsd_ci_low": self.ci_jsd[i, 0], "jsd_ci_high": self.ci_jsd[i, 1],
@@ -257,10 +273,12 @@ class SpecializationResult:
                 "max_abs_delta": self.max_abs_delta[i], "max_abs_delta_noise_95": self.noise_max_delta_95[i],
                 "bound": self.bound, "p_perm": self.p_layer[i], "p_perm_holm": self.p_layer_holm[i],
                 "chance_share_of_tokens": k_over_e, "chance_share_of_assignments": 1 / self.n_experts,
-                "consecutive_first": self.consecutive.get("first_choice", [np.nan] * len(self.layers))[i],
-                "consecutive_any": self.consecutive.get("any_shared", [np.nan] * len(self.layers))[i],
+                "consecutive_first": self.consecutive["first_choice"][i],
+                "consecutive_any": self.consecutive["any_shared"][i],
                 "chance_consecutive_first": 1 / self.n_experts,
+                "chance_consecutive_first_matched": self.consecutive["chance_first_matched"][i],
                 "chance_consecutive_any": chance_any_shared(self.n_experts, self.top_k),
+                "chance_consecutive_any_matched": self.consecutive["chance_any_matched"][i],
             })
         return pd.DataFrame(rows)
 

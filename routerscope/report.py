@@ -62,8 +62,9 @@ def write_report(trace: Trace, out: str | Path, *, title: str | None = None, bou
     verdict_table = layers[["layer", "verdict", "max_abs_delta", "bound", "p_perm_holm", "mi_bits", "mi_ci_low",
                             "mi_ci_high", "jsd_bits", "jsd_noise_floor_95", "cramers_v"]]
     stats_table = layers[["layer", f"entropy_{a}_bits", f"entropy_{b}_bits", "entropy_max_bits",
-                          "mi_over_H_language", "consecutive_first", "chance_consecutive_first", "consecutive_any",
-                          "chance_consecutive_any"]]
+                          f"entropy_{a}_normalized", f"entropy_{b}_normalized", "mi_over_H_language",
+                          "consecutive_first", "chance_consecutive_first", "chance_consecutive_first_matched",
+                          "consecutive_any", "chance_consecutive_any", "chance_consecutive_any_matched"]]
     top = experts.reindex(experts["delta"].abs().sort_values(ascending=False).index).head(8)
     ctrl_pivot = ctrl.dropna(subset=["layer"]).pivot(index="layer", columns="control", values="verdict").reset_index() \
         if ctrl["layer"].notna().any() else ctrl

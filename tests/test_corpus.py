@@ -87,3 +87,10 @@ def test_concat_keeps_labels():
     b = Corpus(["y", "z"], ["en", "en"], name="b")
     both = Corpus.concat([a, b])
     assert both.languages == ["ja", "en", "en"] and both.pair_ids == [3, -1, -1]
+
+
+def test_hub_dataset_offline_gives_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CorpusError, match="needs network access to the hub; offline, save it once"):
+        load_corpus("hf:routerscope-tests/no-such-dataset", "ja", max_docs=3)

@@ -99,6 +99,13 @@ def test_closed_forms_and_consecutive_agreement():
     assert np.allclose(agreement["first_choice"], 1 / 8, atol=0.01)
     assert np.allclose(agreement["any_shared"], 13 / 28, atol=0.01)
     assert np.allclose(agreement["chance_first_matched"], 1 / 8, atol=0.002)
+    assert np.allclose(agreement["chance_any_matched"], 13 / 28, atol=0.002)  # uniform sets: the closed form
+    # A router that always picks {0, 1}: every consecutive pair shares an expert, and so would chance.
+    stuck = np.zeros((500, 1, 2), np.uint8)
+    stuck[:, 0, 1] = 1
+    from routerscope.language_specialization import _matched_any_shared
+
+    assert _matched_any_shared(stuck[:, 0], 8) == pytest.approx(1.0)
 
 
 def test_mutual_information_equals_weighted_jsd_on_large_samples():
