@@ -60,7 +60,7 @@ CONFIGS = [
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"E{c['n_experts']}k{c['top_k']}")
 @pytest.mark.parametrize("side", ["right", "left"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 def test_recorded_routing_is_what_the_experts_received(config, side, dtype, mixtral_tokenizer):
     model = tiny_mixtral(**config, dtype=dtype)
     mixtral_tokenizer.padding_side = side
