@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
+    except (ValueError, KeyError, TypeError, OSError) as err:  # OSError: files, and hub downloads offline
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         _say(f"routerscope {args.command}: error: {message}")
         return 2

@@ -50,6 +50,10 @@ def test_trace_command_writes_everything(checkpoint, tmp_path, capsys):
 def test_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["trace", "--model", str(tmp_path / "nope"), "--corpus", "builtin", "--out", str(tmp_path)]) == 2
     assert "is neither a zoo model" in capsys.readouterr().err
+    # A folder that is not a checkpoint: transformers raises OSError; one line, no traceback.
+    (tmp_path / "empty").mkdir()
+    assert main(["trace", "--model", str(tmp_path / "empty"), "--corpus", "builtin", "--out", str(tmp_path / "h")]) == 2
+    assert "routerscope trace: error:" in capsys.readouterr().err
     assert main(["run", "--corpus", f"ja={tmp_path / 'missing.txt'}", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing half-written
