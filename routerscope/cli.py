@@ -62,12 +62,20 @@ def _add_trace_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_tracing_options(p: argparse.ArgumentParser, model_default: str | None,
+                         corpus_default: list[str] | None) -> None:
+    """Model, corpus and trace options: every command that traces takes the same ones."""
+    _add_model_options(p, model_default)
+    _add_corpus_options(p, corpus_default)
+    _add_trace_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="routerscope",
         description="See how Mixture-of-Experts language models route tokens to experts.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with `routerscope run` (offline, about a minute on a laptop CPU).")
+        epilog="Start with `routerscope run` (offline; seconds on a laptop CPU).")
     parser.add_argument("--version", action="version", version=f"routerscope {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -75,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Trace a model on a corpus and write heatmaps, per-layer statistics and a "
                                      "Markdown summary. With no arguments: the zoo's tiny-mixtral-ja-en on the "
                                      "built-in Japanese/English corpus, offline.")
-    _add_model_options(run, DEFAULT_MODEL)
-    _add_corpus_options(run, ["builtin"])
-    _add_trace_options(run)
+    _add_tracing_options(run, DEFAULT_MODEL, ["builtin"])
     run.add_argument("--out", type=Path, default=Path("routerscope-out"),
                      help="output folder (default ./routerscope-out)")
     run.set_defaults(handler=cmd_trace)
@@ -86,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Record every token's top-k experts in every MoE layer and write trace.npz, "
                                        "utilisation heatmaps per language, the difference map, routing.json and "
                                        "summary.md into --out.")
-    _add_model_options(trace, None)
-    _add_corpus_options(trace, None)
-    _add_trace_options(trace)
+    _add_tracing_options(trace, None, None)
     trace.add_argument("--out", type=Path, required=True, help="output folder")
     trace.set_defaults(handler=cmd_trace)
 
@@ -96,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Trace a model on a corpus and compare per-layer routing metrics with a "
                                        "baseline JSON; exit 0 when within tolerance, 1 on a regression (printing "
                                        "each layer out of tolerance), 2 on an error. --update writes the baseline.")
-    _add_model_options(check, DEFAULT_MODEL)
-    _add_corpus_options(check, ["builtin"])
-    _add_trace_options(check)
+    _add_tracing_options(check, DEFAULT_MODEL, ["builtin"])
     check.add_argument("--baseline", type=Path, required=True, help="baseline JSON file")
     check.add_argument("--update", action="store_true", help="write or refresh the baseline instead of checking")
     check.add_argument("--metrics", default="entropy,max_share,dead",
@@ -145,9 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "equivalence test, under controls; write report.md, report.html, CSV tables "
                                         "and figures. Give a trace file, or a model and corpora to trace.")
     report.add_argument("--trace", type=Path, default=None, help="an existing trace file (else --model/--corpus)")
-    _add_model_options(report, DEFAULT_MODEL)
-    _add_corpus_options(report, ["builtin"])
-    _add_trace_options(report)
+    _add_tracing_options(report, DEFAULT_MODEL, ["builtin"])
     report.add_argument("--bound", type=float, default=0.05,
                         help="equivalence bound on max |Δ_e|, share of tokens (default 0.05)")
     report.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")

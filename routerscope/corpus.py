@@ -197,8 +197,9 @@ def load_corpus(source: str | Path, language: str | None = None, *, text_field: 
         corpus = builtin()
         if language:
             corpus = corpus.select(language)
-        return _limit(corpus, max_docs, max_tokens, tokenizer)
-    if source_str.startswith("hf:"):
+        rows = zip(corpus.texts, corpus.languages, corpus.pair_ids)
+        name = corpus.name
+    elif source_str.startswith("hf:"):
         records = _open_hub_dataset(source_str[3:], config, split, streaming)
         rows = _read_records(records, text_field, language_field, pair_field, source_str)
         name = source_str
@@ -233,15 +234,3 @@ def load_corpus(source: str | Path, language: str | None = None, *, text_field: 
         raise CorpusError(f"corpus {source_str} has no non-empty document")
     return Corpus(texts, languages, pairs, name)
 
-
-def _limit(corpus: Corpus, max_docs: int | None, max_tokens: int | None, tokenizer) -> Corpus:
-    n = len(corpus) if max_docs is None else min(max_docs, len(corpus))
-    if max_tokens is not None:
-        total = 0
-        for i in range(n):
-            if total >= max_tokens:
-                n = i
-                break
-            total += len(tokenizer(corpus.texts[i])["input_ids"])
-    return Corpus(corpus.texts[:n], corpus.languages[:n], corpus.pair_ids[:n], corpus.name,
-                  corpus.registers[:n] if corpus.registers else [])

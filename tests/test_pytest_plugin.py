@@ -110,3 +110,23 @@ def test_check_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "in layer(s) [2]" in out
     assert main(["check", *common, "--tol", "entropy=0.6"]) == 0
+
+
+def test_assertion_helper_without_pytest_fixture(tmp_path, mixtral_tokenizer):
+    import numpy as np
+
+    import routerscope
+    from routerscope.testing import assert_routing_matches, write_baseline
+
+    from conftest import tiny_mixtral
+
+    texts = ["吾輩は猫である。", "I am a cat.", "名前はまだ無い。"]
+    model = tiny_mixtral(layers=2)
+    trace = routerscope.trace(model, texts, mixtral_tokenizer, progress=False)
+    write_baseline(trace, tmp_path / "b.json")
+    assert assert_routing_matches(trace, tmp_path / "b.json").ok
+    routerscope.find_moe_layers(model)[1].router.weight.data.zero_()
+    collapsed = routerscope.trace(model, texts, mixtral_tokenizer, progress=False)
+    assert np.array_equal(collapsed.experts[:, 0], trace.experts[:, 0])
+    with pytest.raises(AssertionError, match=r"in layer\(s\) \[1\]"):
+        assert_routing_matches(collapsed, tmp_path / "b.json")
